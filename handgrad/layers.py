@@ -1,0 +1,118 @@
+"""Layers as symmetric pairs: ``forward(x) -> (y, cache)`` and ``backward(dy, cache) -> (dx, grads)``.
+
+The layer protocol (CS231n style): a layer has a dict attribute ``params`` (empty for a parameter-free
+layer); ``backward`` returns ``grads`` keyed like ``params``.  Everything here is hand-written chain
+rule in plain tensor ops; nothing calls autograd.
+
+Chapter notation (Maren, Ch. 7): a node's input is ``NdInpt = sum_i w_{i,h} * Input_i`` (Eq. 7.13, and
+Eq. 7.8 for the output layer); its activation is ``F(NdInpt)`` (Eq. 7.3, 7.11); the logistic transfer
+function F(x) = 1/(1+exp(-alpha x)) has derivative alpha F (1 - F) (Eq. 7.5).
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import bad
+
+Tensor = torch.Tensor
+
+
+class Linear:
+    """Node inputs of a layer: ``z = x @ W + b`` (Eq. 7.8 / 7.13, plus an optional bias).
+
+    ``W`` has shape (fan_in, fan_out) so ``W[i, h]`` is the chapter's w_{i,h}.
+    ``backward`` gives dW = x^T dz (the sum over the batch of Input_i * delta_h, the last factor of
+    Eq. 7.19 times the delta), db = sum_batch dz, and dx = dz W^T (the sum over o of v_{h,o} delta_o,
+    the back-propagated sum of Eq. 7.24).  ``need_dx=False`` skips dx for a network's first layer.
+    """
+
+    def __init__(self, W: Tensor, b: Tensor | None = None, need_dx: bool = True):
+        self.params = {"W": W} if b is None else {"W": W, "b": b}
+        self.need_dx = need_dx
+
+    def forward(self, x: Tensor):
+        W, b = self.params["W"], self.params.get("b")
+        z = x @ W if b is None else torch.addmm(b, x, W)
+        return z, x
+
+    def backward(self, dz: Tensor, cache: Tensor):
+        x = cache
+        grads = {"W": x.t() @ dz}
+        if "b" in self.params:
+            grads["b"] = dz.sum(0)
+        dx = dz @ self.params["W"].t() if self.need_dx else None
+        return dx, grads
+
+
+class Logistic:
+    """F(x) = 1 / (1 + exp(-alpha x)); backward multiplies by F' = alpha F (1 - F) (Eq. 7.5).
+
+    The derivative is taken from the stored output F, never from exp(-x)/(1+exp(-x))^2, so it is 0
+    (not NaN) deep in saturation.
+    """
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = float(alpha)
+        self.params: dict = {}
+
+    def forward(self, z: Tensor):
+        F = torch.sigmoid(z * self.alpha) if self.alpha != 1.0 else torch.sigmoid(z)
+        return F, F
+
+    def backward(self, dF: Tensor, cache: Tensor):
+        F = cache
+        return dF * (self.alpha * F * (1.0 - F)), {}
+
+
+class Tanh:
+    """tanh; backward multiplies by 1 - tanh^2, taken from the stored output."""
+
+    params: dict = {}
+
+    def forward(self, z: Tensor):
+        a = torch.tanh(z)
+        return a, a
+
+    def backward(self, da: Tensor, cache: Tensor):
+        return da * (1.0 - cache * cache), {}
+
+
+class ReLU:
+    """max(0, x); backward passes the gradient where x > 0 (0 at exactly 0, as torch.relu)."""
+
+    params: dict = {}
+
+    def forward(self, z: Tensor):
+        a = torch.clamp_min(z, 0.0)
+        return a, a
+
+    def backward(self, da: Tensor, cache: Tensor):
+        return da * (cache > 0).to(da.dtype), {}
+
+
+class Identity:
+    """The identity (a linear output node); backward passes the gradient unchanged."""
+
+    params: dict = {}
+
+    def forward(self, z: Tensor):
+        return z, None
+
+    def backward(self, da: Tensor, cache):
+        return da, {}
+
+
+ACTIVATIONS = ("logistic", "tanh", "relu", "identity")
+
+
+def make_activation(name: str, alpha: float = 1.0):
+    """Build an activation layer by name (``alpha`` is the logistic gain)."""
+    if name == "logistic":
+        return Logistic(alpha)
+    if name == "tanh":
+        return Tanh()
+    if name == "relu":
+        return ReLU()
+    if name == "identity":
+        return Identity()
+    raise bad("activation", f"one of {', '.join(ACTIVATIONS)}", repr(name))

@@ -1,0 +1,88 @@
+"""The handgrad command: exit codes 0/1/2, one-line errors, --json holding exactly one document."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from handgrad import cli
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_passes_and_prints_a_table(capsys):
+    code, out, err = run(capsys, "check")
+    assert code == 0
+    assert "W1" in out and "hand vs autograd" in out and "hand vs fd" in out and "PASS" in out
+
+
+def test_check_json_is_one_document_and_table_goes_to_stderr(capsys):
+    code, out, err = run(capsys, "check", "--sizes", "5,4,4,3", "--loss", "cross_entropy", "--json")
+    assert code == 0
+    doc = json.loads(out)  # exactly one JSON document on stdout
+    assert doc["ok"] is True and {r["tensor"] for r in doc["rows"]} >= {"W1", "b3", "delta3"}
+    assert "hand vs autograd" in err
+
+
+@pytest.mark.parametrize("extra", [["--activation", "relu", "--no-bias"], ["--activation", "tanh", "--loss", "mse"],
+                                   ["--dtype", "float32", "--batch", "1"]])
+def test_check_variants_pass(capsys, extra):
+    assert run(capsys, "check", *extra)[0] == 0
+
+
+def test_chapter_demonstration_exits_0_and_shows_elements(capsys):
+    code, out, err = run(capsys, "check", "--chapter")
+    assert code == 0
+    assert "REJECTED" in out and "w[0,0]" in out
+
+
+def test_check_exits_1_on_a_mismatch(capsys, monkeypatch):
+    from handgrad.mlp import MLP
+    real = MLP.loss_and_grads
+
+    def wrong(self, X, T, return_deltas=False):
+        out = real(self, X, T, return_deltas)
+        out[1]["W2"] = out[1]["W2"] * 1.01
+        return out
+
+    monkeypatch.setattr(MLP, "loss_and_grads", wrong)
+    code, out, err = run(capsys, "check")
+    assert code == 1 and "FAIL: W2" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["check", "--sizes", "4"], "sizes"),
+    (["check", "--sizes", "4,0,2"], "positive widths"),
+    (["check", "--sizes", "a,b"], "--sizes"),
+    (["check", "--loss", "hinge"], "loss"),
+    (["check", "--activation", "swish"], "activation"),
+    (["check", "--alpha", "0"], "alpha"),
+    (["check", "--alpha", "-1"], "alpha"),
+    (["check", "--dtype", "int8"], "dtype"),
+    (["check", "--batch", "0"], "--batch"),
+    (["check", "--unknown-flag"], "unrecognized"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_usage_exits_2_with_one_line(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is present")
+def test_cuda_without_gpu_exits_2(capsys):
+    code, out, err = run(capsys, "check", "--device", "cuda")
+    assert code == 2 and "no CUDA GPU" in err
+
+
+def test_console_entry_point_runs_as_a_module():
+    p = subprocess.run([sys.executable, "-m", "handgrad", "check", "--sizes", "3,2,1", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ok"] is True

@@ -17,8 +17,10 @@ tolerance), reorganised for speed:
 * the first layer's input gradient is never computed; transposes are strided views, not copies;
 * on CUDA, :meth:`FastStep.capture` records the whole step in a CUDA graph that ``step`` replays.
 
-Inputs are checked for shape, dtype and device on every call (cheap attribute tests); NaN/Inf checks
-are left to the trainer's per-epoch loss, as a full scan per step would cost a reduction and a sync.
+With ``validate=True`` (the default) every call checks its inputs fully (shape, dtype, device, NaN/Inf,
+label range) and raises a clear error; with ``validate=False`` only the cheap attribute tests (shape,
+dtype, device) remain, for a trainer that has checked its data once (a full scan per step costs
+reductions and, on CUDA, a sync).
 """
 from __future__ import annotations
 
@@ -45,8 +47,9 @@ class FastStep:
     (copies, not views of the workspaces), so :func:`handgrad.check` can verify this path too.
     """
 
-    def __init__(self, net, eta: float, momentum: float = 0.0):
+    def __init__(self, net, eta: float, momentum: float = 0.0, validate: bool = True):
         self.net = net
+        self.validate = bool(validate)
         self.eta = float(eta)
         self.momentum = float(momentum)
         if not (self.eta > 0):
@@ -151,6 +154,10 @@ class FastStep:
 
     def _check(self, X: Tensor, T: Tensor) -> None:
         net = self.net
+        if self.validate:
+            validate.check_X(X, net.sizes[0], net.dtype, net.device)
+            validate.check_T(T, X.shape[0] if X.dim() == 2 else 1, net.sizes[-1], net.dtype,
+                             net.device, X.dim() == 1)
         if not isinstance(X, Tensor) or X.dim() != 2 or X.shape[1] != net.sizes[0] \
                 or X.dtype != net.dtype or X.device != net.device or X.shape[0] == 0:
             validate.check_X(X, net.sizes[0], net.dtype, net.device)  # raises the precise error

@@ -185,5 +185,15 @@ class MLP:
             a, _ = layer.forward(a)
         return make_loss(self.loss).forward(a, T2)[0]
 
+    def to(self, device=None, dtype=None) -> "MLP":
+        """Move (and/or cast) the parameters in place; returns the network."""
+        if device is not None:
+            self.device = validate.resolve_device(device)
+        if dtype is not None:
+            self.dtype = validate.resolve_dtype(dtype)
+        for k, p in self.params.items():
+            self.params[k] = p.to(device=self.device, dtype=self.dtype)
+        return self
+
     def state_dict(self) -> dict:
         return {"spec": self.spec(), "params": OrderedDict((k, v.clone()) for k, v in self.params.items())}

@@ -77,9 +77,15 @@ class FastStep:
         self._probs = torch.empty(B, widths[-1], **opts)
         self._onehot = torch.zeros(B, widths[-1], **opts)
         self._ones = torch.ones(B, **opts)
-        self._grads = {k: torch.empty_like(p) for k, p in net.params.items()}
+        self._grads = None  # allocated by loss_and_grads only; the training step never needs them
         self._batch = B
         self._graph = None
+
+    def workspace_bytes(self) -> int:
+        """Bytes held in workspaces beyond the parameters and the momentum state."""
+        bufs = self._acts + self._d + [self._probs, self._onehot, self._ones] if self._batch else []
+        bufs += list(self._grads.values()) if self._batch and self._grads else []
+        return sum(b.numel() * b.element_size() for b in bufs)
 
     def reset(self) -> None:
         """Zero the momentum (velocity) state."""
@@ -193,6 +199,8 @@ class FastStep:
         """Loss and gradients computed with the fast path's kernels (copies, safe to keep)."""
         self._check(X, T)
         self._workspace(X.shape[0])
+        if self._grads is None:
+            self._grads = {k: torch.empty_like(p) for k, p in self.net.params.items()}
         self._T = T
         self._forward(X)
         self._backward(X, write_grads=True)

@@ -146,14 +146,25 @@ class MLP:
         1-D for a 1-D X).  ``T``: desired outputs (batch, outputs) or int64 class indices (batch,).
         """
         X2, T2, one_d = self._inputs(X, T)
+        loss, grads, deltas = self.backprop(X2, T2)
+        if not return_deltas:
+            return loss, grads
+        if one_d:
+            deltas = OrderedDict((k, d.reshape(-1)) for k, d in deltas.items())
+        return loss, grads, deltas
+
+    def backprop(self, X: Tensor, T: Tensor):
+        """The hand-written forward and backward pass on checked inputs: X (batch, inputs) and T
+        float rows (batch, outputs).  Returns ``(loss, grads, deltas)``; no input checks (use
+        :meth:`loss_and_grads`), so it can be traced by ``torch.compile``."""
         chain = self.layers()
         caches = []
-        a = X2
+        a = X
         for layer in chain:
             a, cache = layer.forward(a)
             caches.append(cache)
         loss_fn = make_loss(self.loss)
-        loss, lcache = loss_fn.forward(a, T2)
+        loss, lcache = loss_fn.forward(a, T)
         d = loss_fn.backward(lcache)
 
         grads: dict[str, Tensor] = {}
@@ -170,10 +181,7 @@ class MLP:
             else:
                 d, _ = layer.backward(d, cache)  # times F'(z_k): Eq. 7.5 / 7.6 / 7.19
         grads = OrderedDict((name, grads[name]) for name in self.params)
-        if not return_deltas:
-            return loss, grads
-        deltas = OrderedDict((f"delta{j}", deltas[f"delta{j}"].reshape(-1) if one_d
-                              else deltas[f"delta{j}"]) for j in range(1, self.n_layers + 1))
+        deltas = OrderedDict((f"delta{j}", deltas[f"delta{j}"]) for j in range(1, self.n_layers + 1))
         return loss, grads, deltas
 
     @torch.no_grad()

@@ -27,3 +27,9 @@ test: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+bench: setup
+	$(VPY) -m benchmarks.suite --quick
+
+bench-full: setup
+	$(VPY) -m benchmarks.suite --full

@@ -105,7 +105,7 @@ class Identity:
 ACTIVATIONS = ("logistic", "tanh", "relu", "identity")
 
 
-def make_activation(name: str, alpha: float = 1.0):
+def make_activation(name: str, alpha: float = 1.0, argument: str = "activation"):
     """Build an activation layer by name (``alpha`` is the logistic gain)."""
     if name == "logistic":
         return Logistic(alpha)
@@ -115,4 +115,4 @@ def make_activation(name: str, alpha: float = 1.0):
         return ReLU()
     if name == "identity":
         return Identity()
-    raise bad("activation", f"one of {', '.join(ACTIVATIONS)}", repr(name))
+    raise bad(argument, f"one of {', '.join(ACTIVATIONS)}", repr(name))

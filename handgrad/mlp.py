@@ -50,7 +50,7 @@ class MLP:
         self.alpha = validate.check_alpha(alpha)
         make_activation(activation)  # validates the name
         if output_activation is not None:
-            make_activation(output_activation)
+            make_activation(output_activation, argument="output_activation")
         make_loss(loss)
         if init not in ("glorot", "chapter"):
             raise bad("init", "'glorot' or 'chapter'", repr(init))
@@ -118,10 +118,12 @@ class MLP:
             return X2, None, one_d
         T2 = validate.check_T(T, X2.shape[0], self.sizes[-1], self.dtype, self.device, one_d)
         if self.uses_logits and T.dtype.is_floating_point:
-            if bool((T2 < 0).any()) or not torch.allclose(
-                    T2.sum(1), torch.ones((), dtype=T2.dtype, device=T2.device), atol=1e-3):
-                raise bad("T", "one-hot (or probability) rows summing to 1 for cross_entropy",
-                          "rows with negative entries or sums other than 1")
+            sums = T2.sum(1)
+            wrong = (T2 < 0).any(1) | ((sums - 1).abs() > 1e-3)
+            if bool(wrong.any()):
+                r = int(wrong.nonzero()[0])
+                raise bad("T", "one-hot (or probability) rows, non-negative and summing to 1, "
+                          "for cross_entropy", f"row {r} = {T2[r].tolist()[:8]} (sum {float(sums[r]):g})")
         return X2, T2, one_d
 
     # ------------------------------------------------------------------ passes

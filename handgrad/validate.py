@@ -40,7 +40,7 @@ def resolve_device(device) -> torch.device:
 def check_sizes(sizes) -> list[int]:
     try:
         out = [int(s) for s in sizes]
-        ok = all(int(s) == s for s in sizes)
+        ok = all(int(s) == s and not isinstance(s, bool) for s in sizes)
     except (TypeError, ValueError):
         raise bad("sizes", "a list of positive integer widths like [4, 3, 2]", repr(sizes)) from None
     if not ok:
@@ -93,7 +93,7 @@ def check_X(X, n_inputs: int, dtype: torch.dtype, device: torch.device) -> torch
 
 def check_T(T, batch: int, n_outputs: int, dtype: torch.dtype, device: torch.device,
             one_d: bool) -> torch.Tensor:
-    """T: desired outputs (batch, n_outputs) in the parameters' dtype, or int64 class indices (batch,).
+    """T: desired outputs (batch, n_outputs) in the parameters' dtype, or integer class indices (batch,).
 
     Returns T as float rows (class indices become one-hot rows), shaped (batch, n_outputs).
     """
@@ -103,7 +103,7 @@ def check_T(T, batch: int, n_outputs: int, dtype: torch.dtype, device: torch.dev
         raise bad("T", f"device {device} (the parameters' device)", _where(T))
     if not T.dtype.is_floating_point:
         if T.dtype == torch.bool or T.is_complex():
-            raise bad("T", "float desired outputs or int64 class indices", _where(T))
+            raise bad("T", "float desired outputs or integer class indices", _where(T))
         want = () if one_d else (batch,)
         if tuple(T.shape) != want:
             raise bad("T", f"class indices of shape {want}", f"shape {tuple(T.shape)}")

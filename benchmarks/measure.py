@@ -1,6 +1,10 @@
 """Timing, memory, FLOP counting and the matmul ceiling for one configuration."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import torch
 from torch.utils.benchmark import Timer
 
@@ -52,6 +56,20 @@ def matmul_ceiling(sizes, batch: int, dtype, device, threads: int, min_run_time:
     return t
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop lines (written straight to file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_step_bytes(step, extra_bytes, device) -> int:
     """Memory a step needs beyond the parameters, inputs and momentum state: the transient peak
     during one (warm) step plus the method's persistent workspaces (``extra_bytes()``).
@@ -67,7 +85,7 @@ def peak_step_bytes(step, extra_bytes, device) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before + extra_bytes()
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = []
     for e in prof.events():

@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--target-loss", type=float, default=None)
     t.add_argument("--verify-every", type=int, default=None, help="check hand vs oracle every N updates")
-    t.add_argument("--test-fraction", type=float, default=0.25)
+    t.add_argument("--test-fraction", type=float, default=0.25, help="held-out fraction of a real data set")
+    t.add_argument("--split-seed", type=int, default=0, help="seed of the fixed train/test split")
     t.add_argument("--dtype", default="float32")
+    t.add_argument("--engine", choices=["fast", "reference"], default="fast",
+                   help="fast: the allocation-free step (default); reference: loss_and_grads + update")
     return parser
 
 
@@ -114,9 +117,79 @@ def cmd_check(args) -> int:
     return 0 if report.ok else 1
 
 
+class _Progress:
+    """Progress on stderr: one rewritten line on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + text[:150].ljust(150))
+            self.stream.flush()
+        elif time.monotonic() - self.last >= 3.0:
+            print(text, file=self.stream, flush=True)
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
 def cmd_train(args) -> int:
-    from .train import run_from_cli
-    return run_from_cli(args, _emit)
+    from . import validate
+    from .data import load_dataset
+    from .train import build_net, default_config, train
+
+    device = validate.resolve_device(args.device)
+    dtype = validate.resolve_dtype(args.dtype)
+    overrides = {k: v for k, v in {
+        "hidden": args.hidden, "activation": args.activation, "alpha": args.alpha, "loss": args.loss,
+        "eta": args.eta, "momentum": args.momentum, "epochs": args.epochs,
+        "target_loss": args.target_loss, "verify_every": args.verify_every, "seed": args.seed,
+        "engine": args.engine}.items() if v is not None}
+    if args.batch is not None:
+        overrides["batch"] = args.batch if args.batch in ("full", "online") else _int_arg("--batch", args.batch)
+    cfg = default_config(args.data, **overrides)
+    data = load_dataset(args.data, test_fraction=args.test_fraction, seed=args.split_seed,
+                        dtype=dtype, device=device)
+    net = build_net(cfg, data)
+    out = sys.stderr if args.json else sys.stdout
+    print(f"handgrad train: {data.name} ({data.X_train.shape[0]} train"
+          + (f" / {data.X_test.shape[0]} test" if data.has_test_split else "") + f" patterns), "
+          f"{net.describe()}", file=out)
+    print(f"  eta {cfg.eta:g}, momentum {cfg.momentum:g}, batch {cfg.batch}, epochs {cfg.epochs}"
+          + (f", target loss {cfg.target_loss:g}" if cfg.target_loss is not None else "")
+          + (f", verify every {cfg.verify_every} updates" if cfg.verify_every else "")
+          + f", seed {cfg.seed}, {cfg.engine} engine", file=out)
+    progress = _Progress()
+    result = train(net, data, cfg, progress=progress)
+    progress.close()
+    lines = [f"  stopped: {result.stopped_reason} - {result.message}",
+             f"  final training loss ({net.loss}): {result.final_loss:.6g}",
+             f"  train accuracy: {result.train_accuracy:.2%}"]
+    if result.test_accuracy is not None:
+        lines.append(f"  test accuracy:  {result.test_accuracy:.2%} ({data.X_test.shape[0]} held-out patterns)")
+    if cfg.verify_every:
+        lines.append(f"  gradient checks against autograd: {result.checks_run} run, "
+                     + ("all passed" if result.failed_report is None else "one FAILED"))
+    lines.append(f"  {result.steps} updates in {result.seconds:.2f} s")
+    text = "\n".join(lines)
+    if result.failed_report is not None:
+        text += "\n\n" + str(result.failed_report)
+    doc = {"data": data.name, "source": data.source, "config": cfg.to_dict(), "network": net.spec(),
+           "result": result.to_dict()}
+    _emit(args, text, doc)
+    return 1 if result.stopped_reason in ("verify-mismatch", "non-finite") else 0
+
+
+def _int_arg(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(name, "'full', 'online' or a positive integer", repr(text)) from None
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,7 @@ import torch
 
 from .check import Report, check
 from .errors import bad
+from .fast import FastStep
 from .layers import ACTIVATIONS
 from .losses import LOSSES
 from .mlp import MLP
@@ -43,6 +44,7 @@ Tensor = torch.Tensor
 HISTORY_POINTS = 1000      # history is thinned to at most this many (epoch, loss) points
 PROGRESS_INTERVAL = 0.25   # seconds between progress calls (at most 4 a second, plus the last one)
 STOP_REASONS = ("target", "epochs", "verify-mismatch", "non-finite")
+ENGINES = ("fast", "reference")
 
 
 @dataclass
@@ -63,6 +65,9 @@ class TrainConfig:
     verify_every: check the hand gradient against autograd every this many updates (0: never).
     seed: seeds the initial weights and every shuffle / pick.
     init: ``"glorot"`` or ``"chapter"`` (weights and biases uniform in (-1, 1)).
+    engine: ``"fast"`` (the allocation-free :class:`~handgrad.fast.FastStep`, the default) or
+        ``"reference"`` (``net.loss_and_grads`` and a plain update); both are hand-written and both
+        are what ``verify_every`` checks.
     """
 
     hidden: list = field(default_factory=lambda: [16])
@@ -77,6 +82,7 @@ class TrainConfig:
     verify_every: int = 0
     seed: int = 0
     init: str = "glorot"
+    engine: str = "fast"
 
     def __post_init__(self):
         if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
@@ -116,6 +122,8 @@ class TrainConfig:
         self.seed = int(self.seed)
         if self.init not in ("glorot", "chapter"):
             raise bad("init", "'glorot' or 'chapter'", repr(self.init))
+        if self.engine not in ENGINES:
+            raise bad("engine", f"one of {', '.join(ENGINES)}", repr(self.engine))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -280,8 +288,9 @@ def train(net: MLP, data, cfg: TrainConfig, *, progress=None) -> TrainResult:
     start = time.perf_counter()
 
     with torch.no_grad():
-        velocity = {k: torch.zeros_like(p) for k, p in net.params.items()}
-        loss = float(net.loss_value(X, T))
+        loss = float(net.loss_value(X, T))  # also checks X and T once, fully
+        fast = FastStep(net, cfg.eta, cfg.momentum, validate=False) if cfg.engine == "fast" else None
+        velocity = None if fast else {k: torch.zeros_like(p) for k, p in net.params.items()}
         history = [(0, loss)]
         epoch = steps = checks = 0
         reason, failed, message = None, None, ""
@@ -297,14 +306,18 @@ def train(net: MLP, data, cfg: TrainConfig, *, progress=None) -> TrainResult:
             reason = "target"
         while reason is None and epoch < cfg.epochs:
             for Xb, Tb in _batches(X, T, n, cfg.batch, gen):
-                b_loss, grads = net.loss_and_grads(Xb, Tb)
-                b_loss = float(b_loss)
-                if not math.isfinite(b_loss):
-                    reason = "non-finite"
-                    message = (f"non-finite loss {b_loss} on the batch of step {steps + 1} (epoch {epoch + 1}); "
-                               f"stopped before that update")
-                    break
+                grads = None
+                if fast is None:  # the reference path gives the batch loss with its gradients
+                    b_loss, grads = net.loss_and_grads(Xb, Tb)
+                    b_loss = float(b_loss)
+                    if not math.isfinite(b_loss):
+                        reason = "non-finite"
+                        message = (f"non-finite loss {b_loss} on the batch of step {steps + 1} "
+                                   f"(epoch {epoch + 1}); stopped before that update")
+                        break
                 if cfg.verify_every and steps % cfg.verify_every == 0:
+                    if grads is None:
+                        grads = fast.loss_and_grads(Xb, Tb)[1]
                     report = check(net, Xb, Tb, grads=grads)
                     checks += 1
                     if not report.ok:
@@ -313,10 +326,13 @@ def train(net: MLP, data, cfg: TrainConfig, *, progress=None) -> TrainResult:
                         message = (f"gradient check failed at step {steps + 1} (epoch {epoch + 1}): {names}; "
                                    f"stopped before that update")
                         break
-                for name, p in net.params.items():   # v = momentum v - eta g;  p += v
-                    v = velocity[name]
-                    v.mul_(cfg.momentum).add_(grads[name], alpha=-cfg.eta)
-                    p.add_(v)
+                if fast is not None:
+                    fast.step(Xb, Tb)  # v = momentum v - eta g;  p += v, fused
+                else:
+                    for name, p in net.params.items():   # v = momentum v - eta g;  p += v
+                        v = velocity[name]
+                        v.mul_(cfg.momentum).add_(grads[name], alpha=-cfg.eta)
+                        p.add_(v)
                 steps += 1
             if reason is not None:
                 break

@@ -86,3 +86,66 @@ def test_console_entry_point_runs_as_a_module():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["ok"] is True
+
+
+# ---------------------------------------------------------------- train
+def test_train_xor_json_reaches_target(capsys):
+    code, out, err = run(capsys, "train", "--data", "xor", "--json", "--verify-every", "200")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["result"]["stopped_reason"] == "target" and doc["result"]["final_loss"] <= 0.2
+    assert doc["result"]["checks_run"] > 0 and doc["result"]["failed_report"] is None
+    assert "stopped: target" in err
+
+
+def test_train_prints_accuracy_for_a_real_set(capsys):
+    code, out, err = run(capsys, "train", "--data", "breast-cancer", "--epochs", "5")
+    assert code == 0 and "test accuracy" in out
+
+
+def test_train_user_csv(capsys, tmp_path):
+    rows = ["f1,f2,label"] + [f"{i % 7},{(i * 3) % 5},{int(i % 7 > 3)}" for i in range(60)]
+    path = tmp_path / "mine.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, out, err = run(capsys, "train", "--data", str(path), "--epochs", "20", "--json")
+    assert code == 0 and json.loads(out)["result"]["train_accuracy"] > 0.9
+
+
+def test_train_stops_with_exit_1_on_a_verification_mismatch(capsys, monkeypatch):
+    from handgrad.fast import FastStep
+    real = FastStep.loss_and_grads
+
+    def wrong(self, X, T, return_deltas=False):
+        out = real(self, X, T, return_deltas)
+        out[1]["W1"] = out[1]["W1"] + 0.5
+        return out
+
+    monkeypatch.setattr(FastStep, "loss_and_grads", wrong)
+    code, out, err = run(capsys, "train", "--data", "iris", "--verify-every", "10")
+    assert code == 1 and "FAIL: W1" in out and "verify-mismatch" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--data", "nope"], "name"),
+    (["train", "--data", "missing.csv"], "missing.csv"),
+    (["train", "--data", "xor", "--batch", "many"], "--batch"),
+    (["train", "--data", "xor", "--eta", "-1"], "eta"),
+    (["train", "--data", "xor", "--momentum", "1.5"], "momentum"),
+    (["train", "--data", "xor", "--hidden", "0"], "hidden"),
+    (["train", "--data", "xor", "--device", "cuda"], "device"),
+    (["train"], "--data"),
+])
+def test_train_bad_usage_exits_2_with_one_line(capsys, argv, needle):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_train_ragged_csv_names_file_and_line(capsys, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("1,2,0\n3,4,1\n5,1\n")
+    code, out, err = run(capsys, "train", "--data", str(path))
+    assert code == 2 and "bad.csv" in err and "line 3" in err

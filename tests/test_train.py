@@ -88,7 +88,7 @@ def test_update_is_minus_eta_times_gradient_plus_momentum(iris):
 def test_targets_are_onehot_rows_for_sse_and_indices_for_cross_entropy(iris):
     seen = []
     for loss in ("sse", "cross_entropy"):
-        cfg = default_config("iris", loss=loss, epochs=1, batch="full")
+        cfg = default_config("iris", loss=loss, epochs=1, batch="full", verify_every=1)
         net = build_net(cfg, iris)
         original = net.loss_and_grads
 
@@ -99,6 +99,7 @@ def test_targets_are_onehot_rows_for_sse_and_indices_for_cross_entropy(iris):
         net.loss_and_grads = spy
         train(net, iris, cfg)
     n = len(iris.y_train)
+    # the net's own loss_and_grads runs inside the verification check (the fast engine trains)
     assert seen == [("sse", torch.float32, (n, 3)), ("cross_entropy", torch.int64, (n,))]
 
 
@@ -162,7 +163,7 @@ def test_verify_every_float64_with_finite_differences():
 
 @pytest.mark.parametrize("every", [1, 3])
 def test_wrong_gradient_is_caught_before_it_is_applied(iris, every):
-    cfg = default_config("iris", epochs=5, verify_every=every)
+    cfg = default_config("iris", epochs=5, verify_every=every, engine="reference")
     net = build_net(cfg, iris)
     before = _params(net)
     original = net.loss_and_grads
@@ -183,8 +184,37 @@ def test_wrong_gradient_is_caught_before_it_is_applied(iris, every):
     json.dumps(r.to_dict(), allow_nan=False)
 
 
+def test_fast_engine_gradient_is_what_verification_checks(iris, monkeypatch):
+    from handgrad.fast import FastStep
+    cfg = default_config("iris", epochs=5, verify_every=2)
+    assert cfg.engine == "fast"
+    assert train(build_net(cfg, iris), iris, cfg).stopped_reason == "epochs"
+    original = FastStep.loss_and_grads
+
+    def wrong(self, X, T, return_deltas=False):
+        out = original(self, X, T, return_deltas)
+        out[1]["b1"] = out[1]["b1"] * -1.0
+        return out
+
+    monkeypatch.setattr(FastStep, "loss_and_grads", wrong)
+    r = train(build_net(cfg, iris), iris, cfg)
+    assert r.stopped_reason == "verify-mismatch" and r.steps == 0
+    assert [row.tensor for row in r.failed_report.failures] == ["b1"]
+
+
+def test_fast_and_reference_engines_train_to_the_same_parameters(iris):
+    cfg = default_config("iris", epochs=3)
+    nets = {}
+    for engine in ("fast", "reference"):
+        nets[engine] = build_net(cfg, iris)
+        train(nets[engine], iris, cfg.replace(engine=engine))
+    for k in nets["fast"].params:
+        # float32, ~300 updates of the same arithmetic in another order: drift of a few ulp per step.
+        torch.testing.assert_close(nets["fast"].params[k], nets["reference"].params[k], rtol=1e-4, atol=1e-5)
+
+
 def test_wrong_gradient_later_in_training_is_caught_at_its_check(iris):
-    cfg = default_config("iris", epochs=5, verify_every=4)
+    cfg = default_config("iris", epochs=5, verify_every=4, engine="reference")
     net = build_net(cfg, iris)
     original, calls = net.loss_and_grads, [0]
 

@@ -78,9 +78,9 @@ def test_workspaces_are_reused_and_reallocated_on_a_new_batch_size():
     net, X, T = make("tanh", "mse", True)
     fast = FastStep(net, 0.1)
     fast.step(X, T)
-    ptrs = [b.data_ptr() for b in fast._acts + fast._d]
+    ptrs = [b.data_ptr() for b in fast._acts_full + [fast._dout]]
     fast.step(X, T)
-    assert ptrs == [b.data_ptr() for b in fast._acts + fast._d]
+    assert ptrs == [b.data_ptr() for b in fast._acts_full + [fast._dout]]
     fast.step(X[:4], T[:4])
     assert fast._acts[0].shape[0] == 4
 

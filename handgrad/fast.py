@@ -31,6 +31,7 @@ from .errors import bad
 
 Tensor = torch.Tensor
 
+FUSE_MAX_WEIGHTS = 1 << 16  # see FastStep.__init__
 _sigmoid_bw = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_bw = torch.ops.aten.tanh_backward.grad_input
 _threshold_bw = torch.ops.aten.threshold_backward.grad_input
@@ -76,6 +77,10 @@ class FastStep:
             raise bad("eta", "a learning rate > 0", repr(eta))
         if not (0 <= self.momentum < 1):
             raise bad("momentum", "a value in [0, 1)", repr(momentum))
+        # layers whose bias update rides in the weight GEMM (small ones, where a launch costs more
+        # than the extra row; for large layers the odd-sized GEMM costs more than an addmv)
+        self._fused = {k for k in range(2, net.n_layers + 1)
+                       if net.bias and net.params[f"W{k}"].numel() <= FUSE_MAX_WEIGHTS}
         self.velocity, self._vel_aug = self._fused_store()
         self._batch = None
         self._graph = None
@@ -88,13 +93,13 @@ class FastStep:
 
     # ------------------------------------------------------------------ workspaces and plans
     def _fused_store(self):
-        """Zeroed tensors keyed like ``params``.  For layers k >= 2 with a bias, W_k's and b_k's
+        """Zeroed tensors keyed like ``params``.  For the fused layers (k >= 2, biases), W_k's and b_k's
         live in one (fan_in + 1, fan_out) tensor (rows of W, then b), so that a single GEMM against
         the layer input with a column of ones appended, [a, 1]^T delta, updates both."""
         net, store, fused = self.net, {}, {}
         for k in range(1, net.n_layers + 1):
             W = net.params[f"W{k}"]
-            if net.bias and k >= 2:
+            if k in self._fused:
                 both = torch.zeros(W.shape[0] + 1, W.shape[1], dtype=W.dtype, device=W.device)
                 store[f"W{k}"], store[f"b{k}"], fused[k] = both[:-1], both[-1], both
             else:
@@ -114,13 +119,12 @@ class FastStep:
         widths = net.sizes[1:]
         L = net.n_layers
         if self._batch != B:
-            # hidden activations get a trailing column of ones when there are biases (see
-            # _fused_store); the layer's own values are the view [:, :n]
-            extra = 1 if net.bias else 0
-            self._acts_full = [torch.empty(B, n + (extra if k < L - 1 else 0), **opts)
-                               for k, n in enumerate(widths)]
-            for k, buf in enumerate(self._acts_full[:-1]):
-                if extra:
+            # a layer feeding a fused layer gets a trailing column of ones (see _fused_store);
+            # its own values are the view [:, :n]
+            self._acts_full = [torch.empty(B, n + (1 if j + 2 in self._fused else 0), **opts)
+                               for j, n in enumerate(widths)]
+            for j, buf in enumerate(self._acts_full):
+                if j + 2 in self._fused:
                     buf[:, -1] = 1.0
             self._acts = [buf[:, :n] for buf, n in zip(self._acts_full, widths)]  # F_k (logits: softmax)
             # Deltas need little room of their own: delta'_L goes to _dout; below the top,

@@ -1,6 +1,8 @@
 """Losses as pairs: ``forward(y, T) -> (loss, cache)`` and ``backward(cache) -> dloss/dy``.
 
 ``T`` arrives here already checked and in float form (one row of desired outputs per pattern).
+Patterns are the second-to-last axis and outputs the last, so a leading axis of independent networks
+(:mod:`handgrad.ensemble`) sums their losses, each reduced over its own batch.
 
 * ``sse``: the chapter's summed squared error, SSE = 1/2 sum E^2 with E = desired - actual, summed
   over outputs and patterns.  dSSE/dA_o = E_o * dE_o/dA_o = -E_o (Eq. 7.21, 7.22).
@@ -36,30 +38,30 @@ class MSE:
 
     def forward(self, A: Tensor, T: Tensor):
         E = T - A
-        return (E * E).mean(), E
+        return (E * E).sum() / (E.shape[-2] * E.shape[-1]), E
 
     def backward(self, E: Tensor) -> Tensor:
-        return E * (-2.0 / E.numel())
+        return E * (-2.0 / (E.shape[-2] * E.shape[-1]))
 
 
 def softmax(z: Tensor) -> Tensor:
     """Row-wise softmax, shifted by the row maximum so that no exp overflows."""
-    e = torch.exp(z - z.amax(dim=1, keepdim=True))
-    return e / e.sum(dim=1, keepdim=True)
+    e = torch.exp(z - z.amax(dim=-1, keepdim=True))
+    return e / e.sum(dim=-1, keepdim=True)
 
 
 class CrossEntropy:
     on_logits = True
 
     def forward(self, z: Tensor, T: Tensor):
-        shifted = z - z.amax(dim=1, keepdim=True)
-        log_p = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
-        loss = -(T * log_p).sum() / z.shape[0]
+        shifted = z - z.amax(dim=-1, keepdim=True)
+        log_p = shifted - torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
+        loss = -(T * log_p).sum() / z.shape[-2]
         return loss, (log_p, T)
 
     def backward(self, cache) -> Tensor:
         log_p, T = cache
-        return (torch.exp(log_p) - T) / log_p.shape[0]
+        return (torch.exp(log_p) - T) / log_p.shape[-2]
 
 
 def make_loss(name: str):

@@ -67,11 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--target-loss", type=float, default=None)
     t.add_argument("--verify-every", type=int, default=None, help="check hand vs oracle every N updates")
-    t.add_argument("--test-fraction", type=float, default=0.25, help="held-out fraction of a real data set")
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the fixed train/test split")
-    t.add_argument("--dtype", default="float32")
-    t.add_argument("--engine", choices=["fast", "reference"], default="fast",
+    t.add_argument("--test-fraction", type=float, default=None, help="held-out fraction of a real data set (0.25)")
+    t.add_argument("--split-seed", type=int, default=None, help="seed of the fixed train/test split (0)")
+    t.add_argument("--dtype", default=None, help="float32 (default), float64, bfloat16")
+    t.add_argument("--engine", choices=["fast", "reference"], default=None,
                    help="fast: the allocation-free step (default); reference: loss_and_grads + update")
+    t.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="save the run to PATH (atomically) every --checkpoint-every updates and at the end; "
+                        "a new run refuses an existing PATH")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="save every N updates (default: at the end of every epoch)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --checkpoint PATH, bit for bit; its settings are used, "
+                        "and a setting given here must equal the checkpoint's (except --epochs, "
+                        "--target-loss, --verify-every, --checkpoint-every, which may change)")
+    t.set_defaults(seed=None, device=None)  # None: not given (a resumed run takes the checkpoint's)
     return parser
 
 
@@ -138,13 +148,44 @@ class _Progress:
             self.stream.write("\n")
 
 
+_TRAIN_DEFAULTS = {"split_seed": 0, "test_fraction": 0.25, "dtype": "float32", "device": "cpu"}
+
+
 def cmd_train(args) -> int:
+    """``handgrad train``: exit 0 (stopped by target or epochs), 1 (verification failure or non-finite
+    values), 2 (bad input, a bad or mismatched checkpoint), 130 (Ctrl-C; with --checkpoint the state
+    is saved first and the command to resume is printed)."""
+    from .train import TrainingInterrupted
+
+    if args.resume and not args.checkpoint:
+        raise bad("--resume", "--checkpoint PATH (the checkpoint to resume from)", "no --checkpoint")
+    if args.checkpoint_every is not None and not args.checkpoint:
+        raise bad("--checkpoint-every", "--checkpoint PATH as well", "no --checkpoint")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise bad("--checkpoint-every", "a positive number of updates", str(args.checkpoint_every))
+    progress = _Progress()
+    try:
+        return _run_train(args, progress)
+    except TrainingInterrupted as e:
+        progress.close()
+        if e.saved:
+            print(f"handgrad: {e}; resume with: {_resume_command(args)}", file=sys.stderr)
+        else:
+            print(f"handgrad: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        progress.close()
+        where = (f"nothing new was saved ({args.checkpoint} holds the last checkpoint written, if any)"
+                 if args.checkpoint else "nothing was saved (give --checkpoint PATH to be able to resume)")
+        print(f"handgrad: training interrupted; {where}", file=sys.stderr)
+        return 130
+
+
+def _run_train(args, progress) -> int:
     from . import validate
     from .data import load_dataset
-    from .train import build_net, default_config, train
+    from .train import build_net, check_checkpoint, default_config, train
 
-    device = validate.resolve_device(args.device)
-    dtype = validate.resolve_dtype(args.dtype)
     overrides = {k: v for k, v in {
         "hidden": args.hidden, "activation": args.activation, "alpha": args.alpha, "loss": args.loss,
         "eta": args.eta, "momentum": args.momentum, "epochs": args.epochs,
@@ -152,10 +193,20 @@ def cmd_train(args) -> int:
         "engine": args.engine}.items() if v is not None}
     if args.batch is not None:
         overrides["batch"] = args.batch if args.batch in ("full", "online") else _int_arg("--batch", args.batch)
-    cfg = default_config(args.data, **overrides)
-    data = load_dataset(args.data, test_fraction=args.test_fraction, seed=args.split_seed,
+    given = {k: getattr(args, k) for k in _TRAIN_DEFAULTS}
+    every, notes = args.checkpoint_every, []
+    if args.resume:
+        cfg, settings, every, notes = _resume_settings(args, overrides, given)
+    else:
+        cfg = default_config(args.data, **overrides)
+        settings = {k: _TRAIN_DEFAULTS[k] if v is None else v for k, v in given.items()}
+    device = validate.resolve_device(settings["device"])
+    dtype = validate.resolve_dtype(settings["dtype"])
+    data = load_dataset(args.data, test_fraction=settings["test_fraction"], seed=settings["split_seed"],
                         dtype=dtype, device=device)
     net = build_net(cfg, data)
+    run_info = {"split_seed": settings["split_seed"], "test_fraction": settings["test_fraction"]}
+    check_checkpoint(net, data, cfg, args.checkpoint, resume=args.resume, run_info=run_info)  # errors first
     out = sys.stderr if args.json else sys.stdout
     print(f"handgrad train: {data.name} ({data.X_train.shape[0]} train"
           + (f" / {data.X_test.shape[0]} test" if data.has_test_split else "") + f" patterns), "
@@ -164,12 +215,21 @@ def cmd_train(args) -> int:
           + (f", target loss {cfg.target_loss:g}" if cfg.target_loss is not None else "")
           + (f", verify every {cfg.verify_every} updates" if cfg.verify_every else "")
           + f", seed {cfg.seed}, {cfg.engine} engine", file=out)
-    progress = _Progress()
-    result = train(net, data, cfg, progress=progress)
+    result = train(net, data, cfg, progress=progress, checkpoint=args.checkpoint, checkpoint_every=every,
+                   resume=args.resume, run_info=run_info)
     progress.close()
-    lines = [f"  stopped: {result.stopped_reason} - {result.message}",
-             f"  final training loss ({net.loss}): {result.final_loss:.6g}",
-             f"  train accuracy: {result.train_accuracy:.2%}"]
+    lines = []
+    if args.checkpoint:
+        cadence = f"every {every} updates" if every else "at the end of every epoch"
+        if result.resumed_from is not None:
+            lines.append(f"  resumed from {args.checkpoint} at step {result.resumed_from}"
+                         + "".join(f"; {n}" for n in notes))
+        lines.append(f"  checkpoint: {args.checkpoint} ({cadence} and at the end; "
+                     + (f"now at step {result.checkpoint_step})" if result.checkpoint_step is not None
+                        else "none written)"))
+    lines += [f"  stopped: {result.stopped_reason} - {result.message}",
+              f"  final training loss ({net.loss}): {result.final_loss:.6g}",
+              f"  train accuracy: {result.train_accuracy:.2%}"]
     if result.test_accuracy is not None:
         lines.append(f"  test accuracy:  {result.test_accuracy:.2%} ({data.X_test.shape[0]} held-out patterns)")
     if cfg.verify_every:
@@ -183,6 +243,96 @@ def cmd_train(args) -> int:
            "result": result.to_dict()}
     _emit(args, text, doc)
     return 1 if result.stopped_reason in ("verify-mismatch", "non-finite") else 0
+
+
+# TrainConfig field -> its option, for messages about a resumed run's settings
+_FLAGS = {"hidden": "--hidden", "activation": "--activation", "alpha": "--alpha", "loss": "--loss",
+          "eta": "--eta", "momentum": "--momentum", "batch": "--batch", "epochs": "--epochs",
+          "target_loss": "--target-loss", "verify_every": "--verify-every", "seed": "--seed",
+          "engine": "--engine", "split_seed": "--split-seed", "test_fraction": "--test-fraction",
+          "dtype": "--dtype", "device": "--device"}
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    return str(value)
+
+
+def _resume_settings(args, overrides: dict, given: dict):
+    """A resumed run's settings: the checkpoint's, with the stop/check settings given on the command
+    line (--epochs, --target-loss, --verify-every, --checkpoint-every) replacing them; any other
+    setting given must be the checkpoint's (an error names it).  Returns (cfg, data settings,
+    checkpoint_every, notes on what changed)."""
+    from . import validate
+    from .checkpoint import FREE_FIELDS, load
+    from .data import DATASETS
+    from .train import TrainConfig
+
+    path = args.checkpoint
+    ck = load(path)
+
+    def conflict(flag, theirs, mine):
+        return bad(f"checkpoint ({path})", f"{flag} {_show(theirs)} (the checkpoint's; leave {flag} out "
+                   "to resume with it)", f"{flag} {_show(mine)}")
+
+    def key(name):
+        k = str(name).strip().lower().replace("_", "-")
+        return k if k in DATASETS else None
+
+    theirs_data = ck["data"].get("name")
+    if (key(args.data) or key(theirs_data)) and key(args.data) != key(theirs_data):
+        raise conflict("--data", theirs_data, args.data)
+    base = dict(ck["config"])
+    try:
+        stored = TrainConfig.from_dict(base)
+        wanted = TrainConfig.from_dict({**base, **overrides})
+    except HandgradInputError as e:
+        if "config" in str(e).split(":")[0]:
+            raise bad(f"checkpoint ({path})", "a config of this handgrad's TrainConfig", str(e)) from None
+        raise
+    notes = []
+    for field, value in wanted.to_dict().items():
+        old = stored.to_dict()[field]
+        if value == old:
+            continue
+        if field not in FREE_FIELDS:
+            raise conflict(_FLAGS[field], old, value)
+        notes.append(f"{_FLAGS[field]} {_show(value)} (the checkpoint's run: {_show(old)})")
+    settings = {}
+    stored_settings = {"split_seed": ck["data"].get("split_seed"), "test_fraction": ck["data"].get("test_fraction"),
+                       "dtype": ck["network"].get("dtype"), "device": ck["network"].get("device")}
+    for name, mine in given.items():
+        theirs = stored_settings[name]
+        if theirs is None:
+            theirs = _TRAIN_DEFAULTS[name]
+        if mine is not None:
+            norm = {"dtype": lambda v: str(validate.resolve_dtype(v)).removeprefix("torch."),
+                    "device": lambda v: str(validate.resolve_device(v))}.get(name, lambda v: v)
+            if norm(mine) != norm(theirs):
+                raise conflict(_FLAGS[name], theirs, mine)
+        settings[name] = theirs
+    every = args.checkpoint_every
+    if every is None:
+        every = ck["checkpoint_every"]
+    elif every != ck["checkpoint_every"]:
+        notes.append(f"--checkpoint-every {every} (the checkpoint's run: "
+                     f"{ck['checkpoint_every'] or 'every epoch'})")
+    return wanted, settings, every, notes
+
+
+def _resume_command(args) -> str:
+    """The command that resumes this run (its settings are in the checkpoint)."""
+    import os
+    import shlex
+
+    prog = ["handgrad"] if os.path.basename(sys.argv[0] or "") == "handgrad" else [sys.executable, "-m", "handgrad"]
+    cmd = prog + ["train", "--data", args.data, "--checkpoint", args.checkpoint, "--resume"]
+    if args.json:
+        cmd.append("--json")
+    return shlex.join(cmd)
 
 
 def _int_arg(name: str, text: str) -> int:

@@ -49,14 +49,23 @@ class Logistic:
 
     The derivative is taken from the stored output F, never from exp(-x)/(1+exp(-x))^2, so it is 0
     (not NaN) deep in saturation.
+
+    ``torch.sigmoid`` evaluates 1/(1+exp(-x)), whose exp(-x) overflows below x = -88.7 (float32) or
+    -709.8 (float64) and gives F = 0 where the true value is still representable (F(-710) = 4.48e-309
+    in float64).  Below x = -40, 1 + e^x rounds to 1 in every floating dtype (e^-40 = 4e-18 < 2^-53),
+    so F = e^x there, exactly as rounded; that is what is stored.
     """
+
+    # below this alpha*z, F = exp(alpha z) to the last bit (1 + e^x == 1)
+    EXP_BELOW = -40.0
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = float(alpha)
         self.params: dict = {}
 
     def forward(self, z: Tensor):
-        F = torch.sigmoid(z * self.alpha) if self.alpha != 1.0 else torch.sigmoid(z)
+        x = z * self.alpha if self.alpha != 1.0 else z
+        F = torch.where(x < self.EXP_BELOW, torch.exp(x), torch.sigmoid(x))
         return F, F
 
     def backward(self, dF: Tensor, cache: Tensor):

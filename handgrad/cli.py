@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finite-difference referee (auto: in float64)")
     c.add_argument("--chapter", action="store_true",
                    help="run the chapter's Eq. 7.24, as printed and corrected, through the oracle")
+    c.add_argument("--per-sample", action="store_true",
+                   help="also check the per-sample gradients (and their mean, variance) against vmap(grad)")
+    c.add_argument("--hvp", action="store_true",
+                   help="also check H v (R-operator) and G v (Gauss-Newton) for a random direction v "
+                        "against double-backward autograd (and finite differences)")
 
     t = sub.add_parser("train", help="train on a shipped data set or a CSV, SGD with momentum")
     t.add_argument("--data", required=True, help="xor, letters, iris, digits, breast-cancer, or PATH.csv")
@@ -82,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a setting given here must equal the checkpoint's (except --epochs, "
                         "--target-loss, --verify-every, --checkpoint-every, which may change)")
     t.set_defaults(seed=None, device=None)  # None: not given (a resumed run takes the checkpoint's)
+    r = sub.add_parser("reproduce", help="reproduce a published result with the hand-written backprop")
+    r.add_argument("study", choices=["rumelhart1986"],
+                   help="rumelhart1986: Rumelhart, Hinton & Williams (1986), Fig. 1 symmetry network, and XOR")
+    r.add_argument("--seeds", type=int, default=1000, help="networks (seeds) trained at once (default 1000)")
+    r.add_argument("--max-sweeps", type=int, default=20000, help="sweeps before a seed counts as not converged")
+    r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    r.add_argument("--out", default="reproduce-out", help="folder for rumelhart1986.{json,png}")
+    r.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     return parser
 
 
@@ -123,8 +137,27 @@ def cmd_check(args) -> int:
     T = T.to(device=device, dtype=dtype if T.dtype.is_floating_point else T.dtype)
     fd = {"auto": "auto", "on": True, "off": False}[args.fd]
     report = check(net, X, T, fd=fd)
-    _emit(args, str(report), report.to_dict())
-    return 0 if report.ok else 1
+    if not (args.per_sample or args.hvp):
+        _emit(args, str(report), report.to_dict())
+        return 0 if report.ok else 1
+    reports = {"gradients": report}
+    if args.per_sample:
+        from .per_sample import per_sample_report
+
+        reports["per_sample"] = per_sample_report(net, X, T)
+    if args.hvp:
+        from .hvp import hvp_report
+
+        gv = torch.Generator().manual_seed(args.seed + 2)
+        v = {k: torch.randn(p.shape, generator=gv, dtype=torch.float64).to(p.device, p.dtype)
+             for k, p in net.params.items()}
+        fd_on = fd is True or (fd == "auto" and dtype == torch.float64)
+        reports["hvp"] = hvp_report(net, X, T, v, fd=fd_on)
+        reports["gauss_newton"] = hvp_report(net, X, T, v, gauss_newton=True, fd=fd_on)
+    ok = all(r.ok for r in reports.values())
+    _emit(args, "\n\n".join(map(str, reports.values())),
+          {"ok": ok, **{k: r.to_dict() for k, r in reports.items()}})
+    return 0 if ok else 1
 
 
 class _Progress:
@@ -335,6 +368,31 @@ def _resume_command(args) -> str:
     return shlex.join(cmd)
 
 
+def cmd_reproduce(args) -> int:
+    """``handgrad reproduce rumelhart1986``: the table on stdout (or in the JSON document), the
+    histogram PNG (with matplotlib) and the JSON under --out."""
+    from .reproduce import reproduce
+
+    if args.seeds < 1:
+        raise bad("--seeds", "a positive number of networks", str(args.seeds))
+    if args.max_sweeps < 1:
+        raise bad("--max-sweeps", "a positive number of sweeps", str(args.max_sweeps))
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise bad("--out", "a folder that can be created", f"{args.out!r} ({e.strerror})") from None
+    progress = _Progress()
+    doc = reproduce(seeds=args.seeds, max_sweeps=args.max_sweeps, seed=args.seed, out_dir=args.out,
+                    progress=progress)
+    progress.close()
+    png = doc["histogram"] or "no histogram (install matplotlib: pip install 'handgrad[plot]')"
+    text = (f"Rumelhart, Hinton & Williams (1986), Fig. 1, and XOR: {args.seeds} seeds each, "
+            f"hand-written backprop\n\n{doc['table']}\n\nhistogram: {png}\n"
+            f"JSON: {os.path.join(args.out, 'rumelhart1986.json')}")
+    _emit(args, text, doc)
+    return 0
+
+
 def _int_arg(name: str, text: str) -> int:
     try:
         return int(text)
@@ -349,7 +407,7 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        return {"check": cmd_check, "train": cmd_train}[args.command](args)
+        return {"check": cmd_check, "train": cmd_train, "reproduce": cmd_reproduce}[args.command](args)
     except HandgradInputError as e:
         print(f"handgrad: error: {e}", file=sys.stderr)
         return 2

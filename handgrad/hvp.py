@@ -396,7 +396,8 @@ def hvp_report(net, X: Tensor, T: Tensor, v, *, gauss_newton: bool = False, fd: 
     (so the largest parameter moves by FD_STEP = 1e-5).  Truncation ~ FD_STEP^2/6 times the third
     derivative (~1e-11 of the curvature scale) and rounding ~ eps max|g| / h ~ 2e-11 max|g| max|v|,
     so (rtol, atol) = FD_TOLERANCE = (1e-5, 1e-7) with atol scaled by max(1, max|g| max|v|) (and, as
-    every row, by max(1, max|ref|)): ~1e4 times the expected error and far below a missing term's.
+    every row, by max(1, max|ref|)), each widened to the network dtype's tolerance where that is looser (float32:
+    both products carry float32 rounding): ~1e4 times the expected error and far below a missing term's.
     A relu unit whose node input lies within h |R{z}| of 0 would spoil the difference (not a smooth
     point); with random data that is improbable (~1e-5 per unit).
     """
@@ -463,6 +464,6 @@ def hvp_report(net, X: Tensor, T: Tensor, v, *, gauss_newton: bool = False, fd: 
                     continue  # already reported against autograd
                 rows.append(compare(name, lab, src, ref, h_rtol, h_atol * scale))
         report.meta["finite differences"] = (f"central, float64, h = {FD_STEP:g}/max|v| = {h:.3g}: {how}; "
-                                             f"tolerance ({f_rtol:g}, {f_atol:g}*max(1, max|g| max|v|) "
-                                             f"= {f_atol * scale:.3g})")
+                                             f"tolerance ({h_rtol:g}, {h_atol:g}*max(1, max|g| max|v|) "
+                                             f"= {h_atol * scale:.3g})")
     return report

@@ -140,20 +140,54 @@ class MLP:
         return a.reshape(-1) if one_d else a
 
     @torch.no_grad()
-    def loss_and_grads(self, X: Tensor, T: Tensor, return_deltas: bool = False):
+    def loss_and_grads(self, X: Tensor, T: Tensor, return_deltas: bool = False, per_sample: bool = False):
         """Loss and its gradient for every parameter, by the hand-written chain rule.
 
         Returns ``(loss, grads)``, or ``(loss, grads, deltas)`` with ``return_deltas=True``, where
         ``deltas["delta{k}"]`` = dloss/dz_k, the back-propagated delta of layer k (shape like z_k;
         1-D for a 1-D X).  ``T``: desired outputs (batch, outputs) or int64 class indices (batch,).
+
+        ``per_sample=True``: the gradient of every pattern's own loss, by hand (each pattern's outer
+        product of layer input and delta, :mod:`handgrad.per_sample`).  Returns
+        ``(loss, grads, mean, var)`` (plus the batch ``deltas`` last with ``return_deltas=True``):
+        ``grads[name]`` has shape ``(batch, *param.shape)``; ``mean`` and ``var`` (unbiased, NaN for a
+        batch of one) are over the batch, keyed like ``params``.  sum_n g_n is the batch gradient for
+        ``sse``; mean_n g_n for ``mse`` and ``cross_entropy``.
         """
+        for name, flag in (("return_deltas", return_deltas), ("per_sample", per_sample)):
+            if not isinstance(flag, bool):
+                raise bad(name, "True or False", repr(flag))
         X2, T2, one_d = self._inputs(X, T)
-        loss, grads, deltas = self.backprop(X2, T2)
+        if per_sample:
+            from .per_sample import moments, per_sample_hand
+
+            loss, grads = per_sample_hand(self, X2, T2)
+            out = (loss, grads, *moments(grads, 1))
+        else:
+            loss, grads, deltas = self.backprop(X2, T2)
+            out = (loss, grads)
         if not return_deltas:
-            return loss, grads
+            return out
+        if per_sample:
+            deltas = self.backprop(X2, T2)[2]
         if one_d:
             deltas = OrderedDict((k, d.reshape(-1)) for k, d in deltas.items())
-        return loss, grads, deltas
+        return (*out, deltas)
+
+    def hvp(self, X: Tensor, T: Tensor, vector) -> "OrderedDict[str, Tensor]":
+        """H v: the Hessian of the loss with respect to all parameters times ``vector`` (a dict keyed
+        like ``params``), by hand with Pearlmutter's R-operator (:mod:`handgrad.hvp`).  Returns a
+        dict keyed like ``params``; check it with :func:`handgrad.hvp.hvp_report`."""
+        from .hvp import hvp
+
+        return hvp(self, X, T, vector)
+
+    def gauss_newton(self, X: Tensor, T: Tensor, vector) -> "OrderedDict[str, Tensor]":
+        """G v: the generalised Gauss-Newton matrix (J^T H_L J) times ``vector``, by hand
+        (:mod:`handgrad.hvp`).  Keyed like ``params``."""
+        from .hvp import gauss_newton
+
+        return gauss_newton(self, X, T, vector)
 
     def backprop(self, X: Tensor, T: Tensor):
         """The hand-written forward and backward pass on checked inputs: X (batch, inputs) and T

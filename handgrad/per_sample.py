@@ -54,7 +54,9 @@ def _check_correction(correction) -> int:
     return correction
 
 
-def _moments(grads, correction: int):
+def moments(grads, correction: int):
+    """(mean, var) over the batch axis of per-sample ``grads``; var divides by B - correction (NaN
+    where that is <= 0)."""
     mean = OrderedDict((k, g.mean(0)) for k, g in grads.items())
     B = next(iter(grads.values())).shape[0]
     dof = B - correction
@@ -68,7 +70,7 @@ def _moments(grads, correction: int):
     return mean, var
 
 
-def _hand(net, X: Tensor, T: Tensor, _scale=None):
+def per_sample_hand(net, X: Tensor, T: Tensor, _scale=None):
     """Per-sample gradients on checked input (X rows, T float rows).  ``_scale`` overrides s (only
     for tests that prove a wrong scaling is caught)."""
     L = net.n_layers
@@ -100,8 +102,8 @@ def per_sample_grads(net, X: Tensor, T: Tensor, *, correction: int = 1):
     """
     correction = _check_correction(correction)
     X2, T2, _ = net._inputs(X, T)
-    _, grads = _hand(net, X2, T2)
-    mean, var = _moments(grads, correction)
+    _, grads = per_sample_hand(net, X2, T2)
+    mean, var = moments(grads, correction)
     return grads, mean, var
 
 
@@ -129,10 +131,10 @@ def per_sample_report(net, X: Tensor, T: Tensor, *, correction: int = 1, _scale=
     correction = _check_correction(correction)
     X2, T2, one_d = net._inputs(X, T)
     with torch.no_grad():
-        loss_h, grads_h = _hand(net, X2, T2, _scale)
-        mean_h, var_h = _moments(grads_h, correction)
+        loss_h, grads_h = per_sample_hand(net, X2, T2, _scale)
+        mean_h, var_h = moments(grads_h, correction)
     grads_o = oracle_per_sample_grads(net, X2, T2)
-    mean_o, var_o = _moments(grads_o, correction)
+    mean_o, var_o = moments(grads_o, correction)
     loss_o, batch_o = oracle.loss_and_grads(net, X, T)
     rtol, atol = tolerances(net.dtype)
     B = X2.shape[0]

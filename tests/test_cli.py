@@ -149,3 +149,40 @@ def test_train_ragged_csv_names_file_and_line(capsys, tmp_path):
     path.write_text("1,2,0\n3,4,1\n5,1\n")
     code, out, err = run(capsys, "train", "--data", str(path))
     assert code == 2 and "bad.csv" in err and "line 3" in err
+
+
+def test_check_per_sample_and_hvp_reports(capsys):
+    code, out, err = run(capsys, "check", "--sizes", "3,4,2", "--batch", "4", "--per-sample", "--hvp", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["ok"] is True and set(doc) == {"ok", "gradients", "per_sample", "hvp", "gauss_newton"}
+    assert {r["comparison"] for r in doc["hvp"]["rows"]} >= {"H v: hand vs fd", "H v: hand vs autograd (double backward)"}
+    assert "per-sample: hand vs vmap(grad)" in err
+
+
+def test_check_hvp_fails_when_a_term_is_dropped(capsys, monkeypatch):
+    import handgrad.hvp as hvp_mod
+
+    original = hvp_mod.hvp_report
+    monkeypatch.setattr(hvp_mod, "hvp_report", lambda *a, **kw: original(*a, **kw, _omit=("f2",))
+                        if not kw.get("gauss_newton") else original(*a, **kw))
+    code, out, err = run(capsys, "check", "--sizes", "3,4,2", "--hvp")
+    assert code == 1 and "FAIL" in out
+
+
+def test_reproduce_writes_table_and_json(capsys, tmp_path):
+    code, out, err = run(capsys, "reproduce", "rumelhart1986", "--seeds", "8", "--max-sweeps", "300",
+                         "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [o["problem"] for o in doc["outcomes"]] == ["symmetry", "xor"]
+    assert all(o["seeds"] == 8 and o["max_sweeps"] == 300 for o in doc["outcomes"])
+    saved = json.loads((tmp_path / "rumelhart1986.json").read_text())
+    assert saved["table"] == doc["table"] and "| symmetry | every output within 0.2 | 8 |" in doc["table"]
+
+
+@pytest.mark.parametrize("argv, named", [(["--seeds", "0"], "--seeds"), (["--max-sweeps", "-3"], "--max-sweeps"),
+                                         (["--study-typo"], "unrecognized")])
+def test_reproduce_bad_usage_exits_2(capsys, argv, named):
+    code, out, err = run(capsys, "reproduce", "rumelhart1986", *argv)
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1

@@ -56,7 +56,9 @@ class CrossEntropy:
     def forward(self, z: Tensor, T: Tensor):
         shifted = z - z.amax(dim=-1, keepdim=True)
         log_p = shifted - torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
-        loss = -(T * log_p).sum() / z.shape[-2]
+        # 0 log p = 0 even where log p = -inf (a logit gap past the dtype's range): T * log_p alone
+        # would give 0 * -inf = NaN there, where the true loss is finite.
+        loss = -torch.where(T != 0, T * log_p, 0.0).sum() / z.shape[-2]
         return loss, (log_p, T)
 
     def backward(self, cache) -> Tensor:

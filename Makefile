@@ -7,7 +7,7 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.handgrad-installed
 
-.PHONY: setup run test bench bench-full clean
+.PHONY: setup run test bench bench-full bench-research reproduce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -33,3 +33,12 @@ bench: setup
 
 bench-full: setup
 	$(VPY) -m benchmarks.suite --full
+
+# ensembles (N XOR nets in one step vs an autograd loop and vmap) and per-sample gradients (hand vs vmap(grad))
+bench-research: setup
+	$(VPY) -m benchmarks.ensemble --out benchmarks/results
+	$(VPY) -m benchmarks.per_sample --out benchmarks/results
+
+# Rumelhart, Hinton & Williams (1986): 1000 seeds of the symmetry network and of XOR (PNG with matplotlib)
+reproduce: setup
+	$(VPY) -m handgrad reproduce rumelhart1986 --out docs/rumelhart1986

@@ -75,6 +75,7 @@ import torch.nn.functional as F
 from . import oracle
 from .check import FD_STEP, FD_TOLERANCE, Report, Row, compare, tolerances
 from .errors import bad
+from .layers import make_activation
 from .losses import make_loss
 from .validate import check_finite
 
@@ -85,33 +86,21 @@ _TERMS = ("f2", "delta_VT", "Ra_delta")
 
 
 # ---------------------------------------------------------------------------- hand path
-def _activation(name: str, alpha: float, z: Tensor):
-    """``(a, f'(z), f''(z))`` with the derivatives taken from the output ``a``.  ``None`` stands for
-    f' = 1 (identity) or f'' = 0 (relu, identity), so those factors and terms are skipped, not
-    multiplied out."""
-    if name == "logistic":
-        Fz = torch.sigmoid(z * alpha) if alpha != 1.0 else torch.sigmoid(z)
-        f1 = alpha * Fz * (1.0 - Fz)                 # alpha F (1 - F)
-        f2 = alpha * f1 * (1.0 - 2.0 * Fz)           # alpha^2 F (1 - F) (1 - 2F)
-        return Fz, f1, f2
-    if name == "tanh":
-        a = torch.tanh(z)
-        f1 = 1.0 - a * a                             # 1 - a^2
-        return a, f1, -2.0 * a * f1                  # -2 a (1 - a^2)
-    if name == "relu":
-        a = torch.clamp_min(z, 0.0)
-        return a, (a > 0).to(z.dtype), None
-    if name == "identity":
-        return z, None, None
-    raise bad("activation", "one of logistic, tanh, relu, identity", repr(name))
+def _activation(name: str, alpha: float, z: Tensor, second: bool = True):
+    """``(a, f'(z), f''(z))`` from the activation layer of :mod:`handgrad.layers` (derivatives taken
+    from the output ``a``).  ``None`` stands for f' = 1 (identity) or f'' = 0 (relu, identity, or
+    ``second=False``), so those factors and terms are skipped, not multiplied out."""
+    layer = make_activation(name, alpha)
+    a, cache = layer.forward(z)
+    return a, layer.derivative(cache), layer.second_derivative(cache) if second else None
 
 
 def _mul(x: Tensor, f: Tensor | None) -> Tensor:
     return x if f is None else x * f
 
 
-def forward_cache(net, X: Tensor):
-    """The hand forward pass on checked input X (batch, inputs).
+def forward_cache(net, X: Tensor, second: bool = True):
+    """The hand forward pass on checked input X (batch, inputs); ``second=False`` skips f''.
 
     Returns ``(inputs, zs, f1s, f2s, out)``: ``inputs[k-1]`` = a_{k-1} (the input of layer k),
     ``zs[k-1]`` = z_k, f'(z_k) and f''(z_k) (``None`` for 1 and 0; both ``None`` for the
@@ -128,7 +117,7 @@ def forward_cache(net, X: Tensor):
         if k == L and net.uses_logits:
             a, f1, f2 = z, None, None
         else:
-            a, f1, f2 = _activation(net.activation if k < L else net.output_activation, net.alpha, z)
+            a, f1, f2 = _activation(net.activation if k < L else net.output_activation, net.alpha, z, second)
         f1s.append(f1)
         f2s.append(f2)
     return inputs, zs, f1s, f2s, a

@@ -74,7 +74,7 @@ def per_sample_hand(net, X: Tensor, T: Tensor, _scale=None):
     """Per-sample gradients on checked input (X rows, T float rows).  ``_scale`` overrides s (only
     for tests that prove a wrong scaling is caught)."""
     L = net.n_layers
-    inputs, zs, f1s, _, out = forward_cache(net, X)
+    inputs, zs, f1s, _, out = forward_cache(net, X, second=False)
     loss_fn = make_loss(net.loss)
     loss, cache = loss_fn.forward(out, T)
     d = loss_fn.backward(cache)                      # dloss/dA, or delta_L for cross-entropy

@@ -339,15 +339,16 @@ def test_memory_of_the_reference_step_does_not_grow():
 
 def test_memory_measurement_catches_a_loop_that_keeps_each_loss():
     """The same measurement on a loop that keeps every step's loss tensor (10 000 steps), then one
-    that keeps every step's gradients (3000 steps, enough to show in resident memory)."""
+    that keeps every step's gradients (3000 steps): each leak is seen exactly."""
     net, X, T = small_problem()
     losses = []
     dt, _ = growth(lambda: reference_step(net, X, T, keep=lambda l, g: losses.append(l)))
     assert dt == 9_990  # one loss tensor per step: seen exactly
     kept = []
-    dt, dr = growth(lambda: reference_step(net, X, T, keep=lambda l, g: kept.append(g)), n_late=3_000)
+    dt, _ = growth(lambda: reference_step(net, X, T, keep=lambda l, g: kept.append(g)), n_late=3_000)
     assert dt == 2_990 * len(net.params)
-    assert dr > RSS_SLACK, f"keeping 3000 steps' gradients should cost > 2 MiB, grew {dr / 2**20:.2f} MiB"
+    # (resident memory is no detector here: freed pages of earlier tests are reused, so 3000 kept
+    # gradient sets may show no growth at all; the exact tensor count above is the detector)
     del losses, kept
 
 

@@ -374,7 +374,8 @@ def _standardize(X_train: torch.Tensor, X_test: torch.Tensor):
     mean = torch.where(constant, train[0] if len(train) else mean, mean)
     std = torch.where(constant, torch.ones_like(std), std)
     X_train, X_test = (train - mean) / std, (test - mean) / std
-    std = torch.where(constant, torch.ones_like(std), std * scale)
+    # a std below float64's range (a column of 0 and 5e-324) is kept as the smallest positive float64
+    std = torch.where(constant, torch.ones_like(std), (std * scale).clamp_min(math.ulp(0.0)))
     return X_train, X_test, mean * scale, std
 
 

@@ -488,6 +488,8 @@ CATALOGUE = {  # name: (bytes, a regex the error message must match after "name 
     "single column": (b"1\n2\n1\n2\n", r", line 1\): expected at least 2 fields .*, got 1 field$"),
     "one class": (b"1,0\n2,0\n", r"\): expected at least 2 data rows and 2 distinct class labels"),
     "1e308 loads": (b"1e308,0\n-1e308,1\n1.7976931348623157e308,0\n1e308,1\n", None),
+    "5e-324 column loads (std below float64's range)": (b"0,0\n5e-324,0\n0,0\n5e-324,0\n0,1\n5e-324,1\n0,1\n5e-324,1\n",
+                                                         None),
     "1e309": (b"1,0\n1e309,1\n", r", line 2\): expected a finite number in column 1, got '1e309'$"),
     "-1e400": (b"1,0\n2,1\n-1e400,1\n", r", line 3\): expected a finite number in column 1, got '-1e400'$"),
     "nan": (b"nan,0\n1,1\n", r", line 1\): expected a finite number in column 1, got 'nan'$"),

@@ -66,7 +66,7 @@ def moments(grads, correction: int):
             var[k] = torch.full_like(mean[k], math.nan)
         else:
             d = g - mean[k]
-            var[k] = (d * d).sum(0) / dof
+            var[k] = d.mul_(d).sum(0) / dof  # squared in place: one (B, ...) temporary, not two
     return mean, var
 
 

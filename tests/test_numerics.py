@@ -18,13 +18,7 @@ from handgrad.layers import Logistic, Tanh
 from handgrad.losses import CrossEntropy, softmax
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are tiny tensors: one thread avoids thread hand-offs (slow on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 DTYPES = [torch.float32, torch.float64]

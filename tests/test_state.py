@@ -25,13 +25,7 @@ from handgrad.fast import FastStep
 from handgrad.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids thread hand-offs, which are slow on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # (sizes, activation, loss, bias): hidden/output activations, losses on activations and on logits,

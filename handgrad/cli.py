@@ -28,8 +28,8 @@ class _Parser(argparse.ArgumentParser):
 def _sizes(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise bad("--sizes", "comma-separated integer widths like 4,3,2", repr(text)) from None
+    except ValueError:  # argparse prints "argument --sizes/--hidden: <this>"
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer widths like 4,3,2, got {text!r}") from None
 
 
 def _add_network_args(p, *, defaults=True):
@@ -235,8 +235,12 @@ def _run_train(args, progress) -> int:
         settings = {k: _TRAIN_DEFAULTS[k] if v is None else v for k, v in given.items()}
     device = validate.resolve_device(settings["device"])
     dtype = validate.resolve_dtype(settings["dtype"])
-    data = load_dataset(args.data, test_fraction=settings["test_fraction"], seed=settings["split_seed"],
-                        dtype=dtype, device=device)
+    try:
+        data = load_dataset(args.data, test_fraction=settings["test_fraction"], seed=settings["split_seed"],
+                            dtype=dtype, device=device)
+    except HandgradInputError as e:  # the loader's argument is `name`: the user typed --data
+        text = str(e)
+        raise HandgradInputError("--data" + text[4:] if text.startswith("name") else text) from None
     net = build_net(cfg, data)
     run_info = {"split_seed": settings["split_seed"], "test_fraction": settings["test_fraction"]}
     check_checkpoint(net, data, cfg, args.checkpoint, resume=args.resume, run_info=run_info)  # errors first
@@ -402,6 +406,19 @@ def _int_arg(name: str, text: str) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    try:
+        code = _main(parser, argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # stdout closed early (`handgrad ... | head`): stop quietly, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+
+
+def _main(parser, argv) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:

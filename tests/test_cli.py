@@ -126,7 +126,7 @@ def test_train_stops_with_exit_1_on_a_verification_mismatch(capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["train", "--data", "nope"], "name"),
+    (["train", "--data", "nope"], "--data: expected one of"),
     (["train", "--data", "missing.csv"], "missing.csv"),
     (["train", "--data", "xor", "--batch", "many"], "--batch"),
     (["train", "--data", "xor", "--eta", "-1"], "eta"),
@@ -186,3 +186,22 @@ def test_reproduce_writes_table_and_json(capsys, tmp_path):
 def test_reproduce_bad_usage_exits_2(capsys, argv, named):
     code, out, err = run(capsys, "reproduce", "rumelhart1986", *argv)
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1
+
+
+def test_closed_stdout_pipe_ends_quietly():
+    """`handgrad check | head -1`: no BrokenPipeError traceback, exit 141 (128 + SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "handgrad", "check", "--sizes", "4,3,2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes away before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken" not in err, err
+
+
+def test_bad_sizes_name_the_option(capsys):
+    code, out, err = run(capsys, "check", "--sizes", "a,b")
+    assert code == 2 and "argument --sizes: expected comma-separated integer widths" in err and "_sizes" not in err
+
+
+def test_bad_data_names_the_option(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--data", str(tmp_path / "nope.csv"))
+    assert code == 2 and err.startswith("handgrad: error: --data: expected an existing CSV file"), err

@@ -453,7 +453,7 @@ def test_cli_exits_0_or_2_with_one_line(workdir, capsys, raw):
         assert math.isfinite(doc["result"]["final_loss"]) and doc["result"]["stopped_reason"] == "epochs"
     else:
         assert code == 2 and out == ""
-        assert one_line_error(err, path) == f"handgrad: error: {loads}"
+        assert one_line_error(err, path) == f"handgrad: error: --data{loads.removeprefix('name')}"
 
 
 # --- (d) valid random tables train to a finite loss ------------------------------------------------
@@ -554,7 +554,7 @@ def test_catalogue(tmp_path, capsys, name):
     message = str(info.value)
     assert message.startswith(f"name ({path}") and re.search(pattern, message[len(f"name ({path}"):]), message
     code, out, err = run_cli(capsys, path)
-    assert code == 2 and one_line_error(err, path) == f"handgrad: error: {message}"
+    assert code == 2 and one_line_error(err, path) == f"handgrad: error: --data{message.removeprefix('name')}"
 
 
 def special_paths(tmp_path):

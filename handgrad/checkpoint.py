@@ -42,6 +42,8 @@ import math
 import numbers
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -137,6 +139,16 @@ def load(path) -> dict:
         raise bad(_where(path), "an existing checkpoint file to resume from", "no such file")
     if not p.is_file():
         raise bad(_where(path), "a checkpoint file", "a directory or other non-file")
+    # torch.load does not check the archive's CRCs: bytes changed inside a tensor would load as
+    # other weights.  zipfile checks every member's CRC-32 first.
+    try:
+        with zipfile.ZipFile(p) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error) as e:
+        damaged = None if isinstance(e, zipfile.BadZipFile) else f"({type(e).__name__})"  # BadZipFile: torch says why
+    if damaged is not None:
+        raise bad(_where(path), "a handgrad checkpoint written by torch.save",
+                  f"a corrupt file (CRC mismatch in {damaged})")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (RuntimeError, UnpicklingError, EOFError...)

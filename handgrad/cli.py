@@ -1,5 +1,6 @@
 """The ``handgrad`` command: ``check`` (hand vs autograd vs finite differences, or the chapter's
-Eq. 7.24 demonstration) and ``train`` (SGD with momentum on shipped or user data).
+Eq. 7.24 demonstration; with --per-sample / --hvp also those reports), ``train`` (SGD with momentum
+on shipped or user data, with checkpoints) and ``reproduce`` (Rumelhart et al. 1986).
 
 Exit codes: 0 success, 1 a gradient mismatch (or a failed demonstration / verification), 2 bad
 usage or bad input (one line on stderr).  With ``--json`` standard output holds exactly one JSON
@@ -114,8 +115,11 @@ def cmd_check(args) -> int:
     from .mlp import MLP
 
     dtype = validate.resolve_dtype(args.dtype)
-    if args.batch < 1:
-        raise bad("--batch", "a positive batch size", str(args.batch))
+    _check_seed(args.seed, limit=2**63)
+    if not 1 <= args.batch <= 2**31 - 1:
+        raise bad("--batch", "a batch size in 1..2147483647", str(args.batch))
+    if (args.per_sample or args.hvp) and args.chapter:
+        raise bad("--chapter", "alone (--per-sample and --hvp check a network of --sizes)", "with --per-sample/--hvp")
     if args.chapter:
         demo = demonstrate(alpha=validate.check_alpha(args.alpha), seed=args.seed,
                            batch=1 if args.batch == 8 else args.batch, dtype=dtype)
@@ -190,6 +194,9 @@ def cmd_train(args) -> int:
     is saved first and the command to resume is printed)."""
     from .train import TrainingInterrupted
 
+    if args.output_activation is not None:
+        raise bad("--output-activation", "no such option for train (its output layer is the softmax for "
+                  "cross_entropy, else the hidden activation); use it with check", repr(args.output_activation))
     if args.resume and not args.checkpoint:
         raise bad("--resume", "--checkpoint PATH (the checkpoint to resume from)", "no --checkpoint")
     if args.checkpoint_every is not None and not args.checkpoint:
@@ -381,10 +388,17 @@ def cmd_reproduce(args) -> int:
         raise bad("--seeds", "a positive number of networks", str(args.seeds))
     if args.max_sweeps < 1:
         raise bad("--max-sweeps", "a positive number of sweeps", str(args.max_sweeps))
+    _check_seed(args.seed, limit=2**63)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise bad("--out", "a folder that can be created", f"{args.out!r} ({e.strerror})") from None
+    for name in ("rumelhart1986.json", "rumelhart1986.png"):  # checked now, not after a 10-minute run
+        target = os.path.join(args.out, name)
+        if os.path.lexists(target) and not os.path.isfile(target):
+            raise bad("--out", f"a folder where {name} can be written", f"{target!r} is not a regular file")
+    if not os.access(args.out, os.W_OK):
+        raise bad("--out", "a writable folder", repr(args.out))
     progress = _Progress()
     doc = reproduce(seeds=args.seeds, max_sweeps=args.max_sweeps, seed=args.seed, out_dir=args.out,
                     progress=progress)
@@ -395,6 +409,12 @@ def cmd_reproduce(args) -> int:
             f"JSON: {os.path.join(args.out, 'rumelhart1986.json')}")
     _emit(args, text, doc)
     return 0
+
+
+def _check_seed(seed: int, limit: int) -> None:
+    """torch generators take seeds in [0, 2**64); check adds up to 2 to its seed."""
+    if not 0 <= seed < limit:
+        raise bad("--seed", f"an integer in 0..{limit - 1}", str(seed))
 
 
 def _int_arg(name: str, text: str) -> int:
@@ -427,6 +447,12 @@ def _main(parser, argv) -> int:
         return {"check": cmd_check, "train": cmd_train, "reproduce": cmd_reproduce}[args.command](args)
     except HandgradInputError as e:
         print(f"handgrad: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # a size too large for this machine, not a bug: one line
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, MemoryError) and not any(k in text for k in ("alloc", "out of memory", "Out of memory")):
+            raise
+        print(f"handgrad: error: not enough memory for the sizes asked for ({text[:200]})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("handgrad: interrupted", file=sys.stderr)

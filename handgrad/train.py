@@ -390,7 +390,9 @@ def train(net: MLP, data, cfg: TrainConfig, *, progress=None, checkpoint=None, c
 
         if ck is None and not math.isfinite(loss):
             reason, message = "non-finite", f"non-finite training loss {loss} at the initial weights (epoch 0)"
-        elif cfg.target_loss is not None and loss <= cfg.target_loss:
+        elif cfg.target_loss is not None and loss <= cfg.target_loss and (ck is None or skip == 0):
+            # (resumed mid-epoch, the last recorded loss is not the current weights': an uninterrupted
+            # run checks the target at the end of this epoch, and so does the resumed one)
             reason = "target"
         interrupted = False
         with _SigintFlag(checkpoint is not None) as sigint:

@@ -185,7 +185,8 @@ def small_checkpoint(tmp_path_factory):
     return path, path.read_bytes()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "corrupt", "text", "tensor", "foreign dict", "nan params"])
+@pytest.mark.parametrize("kind", ["truncated", "corrupt", "weight bytes changed", "text", "tensor", "foreign dict",
+                                  "nan params"])
 def test_unreadable_or_foreign_file_is_refused_and_left_alone(tmp_path, capsys, small_checkpoint, kind):
     good = small_checkpoint[1]
     path = tmp_path / "bad.pt"
@@ -193,6 +194,10 @@ def test_unreadable_or_foreign_file_is_refused_and_left_alone(tmp_path, capsys, 
         path.write_bytes(good[:len(good) // 2])
     elif kind == "corrupt":
         path.write_bytes(good[:200] + bytes(b ^ 0x5A for b in good[200:400]) + good[400:])
+    elif kind == "weight bytes changed":  # a well-formed archive whose W1 bytes changed: only the CRC tells
+        raw = torch.load(small_checkpoint[0], weights_only=True)["params"]["W1"].numpy().tobytes()
+        at = good.index(raw)
+        path.write_bytes(good[:at] + b"\x7f\x7f\x7f\x3f" + good[at + 4:])
     elif kind == "text":
         path.write_text("epoch,loss\n1,0.5\n")
     elif kind == "tensor":
@@ -210,6 +215,8 @@ def test_unreadable_or_foreign_file_is_refused_and_left_alone(tmp_path, capsys, 
     assert len(lines) == 1 and f"checkpoint ({path})" in lines[0] and "Traceback" not in err
     if kind == "nan params":
         assert "W2[1, 2] = nan" in lines[0]
+    if kind == "weight bytes changed":
+        assert "corrupt file (CRC mismatch in " in lines[0]
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
 

@@ -205,3 +205,22 @@ def test_bad_sizes_name_the_option(capsys):
 def test_bad_data_names_the_option(capsys, tmp_path):
     code, out, err = run(capsys, "train", "--data", str(tmp_path / "nope.csv"))
     assert code == 2 and err.startswith("handgrad: error: --data: expected an existing CSV file"), err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["check", "--seed", "18446744073709551615"], "--seed: expected an integer in 0.."),
+    (["check", "--batch", "10000000000"], "--batch: expected a batch size in 1.."),
+    (["check", "--sizes", "1000000,1000000,2"], "not enough memory for the sizes asked for"),
+    (["check", "--chapter", "--hvp"], "--chapter: expected alone"),
+    (["reproduce", "rumelhart1986", "--seed", "-1"], "--seed"),
+    (["train", "--data", "xor", "--output-activation", "tanh"], "--output-activation: expected no such option"),
+])
+def test_more_bad_usage_exits_2_with_one_line(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_reproduce_checks_its_output_files_before_running(capsys, tmp_path):
+    (tmp_path / "rumelhart1986.json").mkdir()
+    code, out, err = run(capsys, "reproduce", "rumelhart1986", "--seeds", "2", "--max-sweeps", "3", "--out", str(tmp_path))
+    assert code == 2 and "rumelhart1986.json" in err and "not a regular file" in err and "sweep" not in err

@@ -188,6 +188,9 @@ def load(path) -> dict:
         t = ck[key]
         if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
             raise bad(_where(path), f"'{key}' as a 1-D uint8 generator state", _kind(t))
+        size = torch.Generator().get_state().numel()  # a CPU generator's state (5056 bytes in torch 2.x)
+        if t.numel() != size:
+            raise bad(_where(path), f"'{key}' as a CPU generator state of {size} bytes", f"{t.numel()} bytes")
     hist = ck["history"]
     if not isinstance(hist, dict) or not isinstance(hist.get("epoch"), torch.Tensor) \
             or not isinstance(hist.get("loss"), torch.Tensor) or hist["epoch"].dim() != 1 \

@@ -186,7 +186,7 @@ def small_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "corrupt", "weight bytes changed", "text", "tensor", "foreign dict",
-                                  "nan params"])
+                                  "nan params", "short rng state"])
 def test_unreadable_or_foreign_file_is_refused_and_left_alone(tmp_path, capsys, small_checkpoint, kind):
     good = small_checkpoint[1]
     path = tmp_path / "bad.pt"
@@ -204,6 +204,10 @@ def test_unreadable_or_foreign_file_is_refused_and_left_alone(tmp_path, capsys, 
         torch.save(torch.zeros(3), path)
     elif kind == "foreign dict":
         torch.save({"model": {"W1": torch.zeros(4, 8)}}, path)
+    elif kind == "short rng state":
+        ck = torch.load(small_checkpoint[0], weights_only=True)
+        ck["epoch_rng_state"] = ck["epoch_rng_state"][:100].clone()
+        torch.save(ck, path)
     else:
         ck = torch.load(small_checkpoint[0], weights_only=True)
         ck["params"]["W2"][1, 2] = float("nan")
@@ -215,6 +219,9 @@ def test_unreadable_or_foreign_file_is_refused_and_left_alone(tmp_path, capsys, 
     assert len(lines) == 1 and f"checkpoint ({path})" in lines[0] and "Traceback" not in err
     if kind == "nan params":
         assert "W2[1, 2] = nan" in lines[0]
+    if kind == "short rng state":
+        size = torch.Generator().get_state().numel()
+        assert f"'epoch_rng_state' as a CPU generator state of {size} bytes, got 100 bytes" in lines[0]
     if kind == "weight bytes changed":
         assert "corrupt file (CRC mismatch in " in lines[0]
     assert path.read_bytes() == before

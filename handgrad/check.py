@@ -64,6 +64,12 @@ def tolerances(dtype: torch.dtype) -> tuple[float, float]:
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 
 
+def missing_row(tensor: str, comparison: str, ref: Tensor, rtol: float, atol: float) -> Row:
+    """A failed row for a tensor the hand result does not have at all."""
+    return Row(tensor, comparison, tuple(ref.shape), 0, math.inf, math.inf, (), math.nan, math.nan,
+               ref.numel(), atol, rtol, False, "missing")
+
+
 def compare(tensor: str, comparison: str, got: Tensor, ref: Tensor, rtol: float, atol: float,
             index=None, shape=None) -> Row:
     """Compare ``got`` with ``ref`` element by element (both cast to float64).
@@ -216,15 +222,13 @@ def check(net, X: Tensor, T: Tensor, *, grads=None, deltas=None, fd="auto",
     for name, ref in grads_o.items():
         got = grads.get(name)
         if got is None:
-            rows.append(Row(name, "hand vs autograd", tuple(ref.shape), 0, math.inf, math.inf, (),
-                            math.nan, math.nan, ref.numel(), atol, rtol, False, "missing"))
+            rows.append(missing_row(name, "hand vs autograd", ref, rtol, atol))
         else:
             rows.append(compare(name, "hand vs autograd", got, ref, rtol, atol))
     for name, ref in deltas_o.items():
         got = deltas.get(name)
         if got is None:
-            rows.append(Row(name, "hand vs autograd", tuple(ref.shape), 0, math.inf, math.inf, (),
-                            math.nan, math.nan, ref.numel(), atol, rtol, False, "missing"))
+            rows.append(missing_row(name, "hand vs autograd", ref, rtol, atol))
         else:
             rows.append(compare(name, "hand vs autograd", got, ref, rtol, atol))
 

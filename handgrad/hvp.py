@@ -63,7 +63,6 @@ differences of the oracle's gradients.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -73,7 +72,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from . import oracle
-from .check import FD_STEP, FD_TOLERANCE, Report, Row, compare, tolerances
+from .check import FD_STEP, FD_TOLERANCE, Report, compare, missing_row, tolerances
 from .errors import bad
 from .layers import make_activation
 from .losses import make_loss
@@ -358,11 +357,6 @@ def _float64_spec(net):
 
 
 # ---------------------------------------------------------------------------- report
-def _missing(name, comparison, ref, rtol, atol):
-    return Row(name, comparison, tuple(ref.shape), 0, math.inf, math.inf, (), math.nan, math.nan,
-               ref.numel(), atol, rtol, False, "missing")
-
-
 def hvp_report(net, X: Tensor, T: Tensor, v, *, gauss_newton: bool = False, fd: bool = True,
                _omit=()) -> Report:
     """Compare the hand-written H v (or G v with ``gauss_newton=True``) with autograd and, with
@@ -420,7 +414,7 @@ def hvp_report(net, X: Tensor, T: Tensor, v, *, gauss_newton: bool = False, fd: 
         label = "H v: hand vs autograd (double backward)"
     for name, ref in prod_o.items():
         got = prod_h.get(name)
-        rows.append(_missing(name, label, ref, rtol, atol) if got is None
+        rows.append(missing_row(name, label, ref, rtol, atol) if got is None
                     else compare(name, label, got, ref, rtol, atol))
 
     if fd:

@@ -35,7 +35,7 @@ from collections import OrderedDict
 import torch
 
 from . import oracle
-from .check import Report, Row, compare, tolerances
+from .check import Report, compare, missing_row, tolerances
 from .errors import bad
 from .hvp import _mul, forward_cache
 from .losses import make_loss
@@ -152,8 +152,7 @@ def per_sample_report(net, X: Tensor, T: Tensor, *, correction: int = 1, _scale=
     for name, ref in grads_o.items():
         got = grads_h.get(name)
         if got is None:
-            rows.append(Row(name, "per-sample: hand vs vmap(grad)", tuple(ref.shape), 0, math.inf,
-                            math.inf, (), math.nan, math.nan, ref.numel(), atol, rtol, False, "missing"))
+            rows.append(missing_row(name, "per-sample: hand vs vmap(grad)", ref, rtol, atol))
             continue
         rows.append(compare(name, "per-sample: hand vs vmap(grad)", got, ref, rtol, atol))
         rows.append(compare(name, "batch mean: hand vs vmap(grad)", mean_h[name], mean_o[name], rtol, atol))
